@@ -190,6 +190,11 @@ def test_compose_mounts_only_files_in_the_repo() -> None:
     for _, source, _ in mounts:
         assert not Path(source).is_absolute(), "mount repo files by relative path"
         assert (ROOT / source).resolve().is_relative_to(ROOT)
+    # A file that .gitignore matches exists here but not in a fresh clone.
+    if shutil.which("git") and (ROOT / ".git").exists():
+        sources = [source for _, source, _ in mounts]
+        ignored = run("git", "check-ignore", "--no-index", *sources).stdout.split()
+        assert not ignored, f".gitignore hides mounted files: {ignored}"
     build = compose()["services"]["exporter"]["build"]
     context = build if isinstance(build, str) else build.get("context", ".")
     assert (ROOT / context / "Dockerfile").is_file()
@@ -332,7 +337,7 @@ def test_compose_job_names_match_the_example_prometheus_config() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [ROOT / "deploy" / "compose" / "config.yaml", KUSTOMIZE_DIR / "config.yaml"],
+    [ROOT / "deploy" / "compose" / "exporter-config.yaml", KUSTOMIZE_DIR / "exporter-config.yaml"],
     ids=["compose", "kubernetes"],
 )
 def test_placeholder_configs_are_valid_once_the_account_id_is_filled_in(path: Path) -> None:
