@@ -85,6 +85,8 @@ class SimulatedCloudflare:
         self.online = set(online)
         """Ids whose last_seen_at follows the clock, like a device that is connected now."""
         self.requests: list[tuple[str, list[tuple[str, str]]]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._accounts: dict[str, dict[str, dict[str, Any]]] = {}
         self._encoded: dict[str, bytes] = {}
         self._sent: deque[float] = deque()
@@ -174,6 +176,14 @@ class SimulatedCloudflare:
 
     async def handle(self, request: Request) -> Response:
         self.requests.append((request.path, request.query))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: Request) -> Response:
         if self.latency:
             await asyncio.sleep(self.latency)
         match = _PATH.match(request.path)
