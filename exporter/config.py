@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exporter.metrics import INFO_LABELS, USER_EMAIL_LABELS, USER_HASH_LABELS
 
@@ -70,6 +78,12 @@ class AccountConfig(_Strict):
             raise ValueError("lists a registration id more than once")
         return value
 
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> AccountConfig:
+        if not self.registrations and not self.discover:
+            raise ValueError("no registrations listed and discover is false: nothing to watch")
+        return self
+
 
 class CollectionConfig(_Strict):
     min_interval_seconds: Annotated[float, Field(ge=0)] = 30.0
@@ -107,10 +121,6 @@ class Config(_Strict):
             if account.account_id in seen:
                 raise ValueError(f"account {account.account_id} is listed more than once")
             seen.add(account.account_id)
-            if not account.registrations and not account.discover:
-                raise ValueError(
-                    f"account {account.account_id} has no registrations and discover is false"
-                )
         return value
 
 
