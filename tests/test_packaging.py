@@ -80,6 +80,7 @@ def test_systemd_unit_has_the_required_keys_and_hardening() -> None:
     assert exec_start[0] == EXEC_PATH
     assert "--config.file=/etc/cloudflare-warp-exporter/config.yaml" in exec_start
     assert "$ARGS" in exec_start
+    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
     for key in (
         "NoNewPrivileges",
         "ProtectSystem",
