@@ -9,7 +9,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE* ./
+COPY pyproject.toml README* LICENSE* ./
 COPY exporter/ exporter/
 RUN pip wheel --wheel-dir /wheels .
 
@@ -41,6 +41,7 @@ USER 10001:10001
 EXPOSE 9787
 
 # Only the standard library: any non-2xx answer or connection error makes urlopen raise.
+# It probes port 9787: change it here too if you move --web.listen-address.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9787/-/healthy', timeout=4)"]
 
