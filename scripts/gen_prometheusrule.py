@@ -69,7 +69,13 @@ def render(sources: tuple[Path, ...] = SOURCES) -> str:
     manifest = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": NAME},
+        "metadata": {
+            "name": NAME,
+            "labels": {
+                "app.kubernetes.io/name": NAME,
+                "app.kubernetes.io/part-of": NAME,
+            },
+        },
         "spec": {"groups": groups},
     }
     body = yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)

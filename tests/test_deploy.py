@@ -392,6 +392,27 @@ def test_kustomize_base_renders_and_validates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_kustomization_uses_only_fields_old_kustomize_knows() -> None:
+    """CI may get kubectl from Debian (1.20, kustomize v2), which rejects newer fields."""
+    kustomization = yaml.safe_load((KUSTOMIZE_DIR / "kustomization.yaml").read_text("utf-8"))
+    kustomize_v2_fields = {
+        "apiVersion",
+        "kind",
+        "resources",
+        "configMapGenerator",
+        "secretGenerator",
+        "generatorOptions",
+        "images",
+        "namespace",
+        "namePrefix",
+        "nameSuffix",
+        "commonAnnotations",
+        "patchesStrategicMerge",
+        "patchesJson6902",
+    }
+    assert set(kustomization) <= kustomize_v2_fields, set(kustomization) - kustomize_v2_fields
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     matches = [doc for doc in docs if doc["kind"] == kind]
     assert len(matches) == 1, kind
