@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -36,6 +37,8 @@ PAGE_SIZE = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """A page of 100 records is about 100 KB; anything near this cap is not a registrations page."""
 MAX_PAGES = 10_000
+PARSE_SLICE = 25
+"""Records parsed between two turns of the event loop, so fetchers are never kept waiting."""
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 2.0
 _RATELIMIT_REMAINING = re.compile(r"(?:^|[;,\s])r=(\d+)")
@@ -84,10 +87,6 @@ class Listing:
     invalid: list[InvalidRecord] = field(default_factory=list)
     requests: int = 0
 
-    def extend(self, other: Listing) -> None:
-        self.invalid.extend(other.invalid)
-        self.requests += other.requests
-
 
 def rfc3339(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -130,6 +129,7 @@ class CloudflareClient:
         self._timeout = timeout_seconds
         self._max_retries = max_retries
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._queue_size = 2 * max_concurrency
         self.stats = stats if stats is not None else ApiStats()
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         self._http = httpx.AsyncClient(
@@ -164,23 +164,52 @@ class CloudflareClient:
         base: list[tuple[str, str]] = [("status", "all"), ("include", "policy")]
         if seen_after is not None:
             base.append(("seen_after", rfc3339(seen_after)))
+        pages: asyncio.Queue[list[object] | None] = asyncio.Queue(maxsize=self._queue_size)
+        listing = Listing()
+        parser = asyncio.create_task(self._parse_pages(pages, sink, listing))
         if ids is None:
-            return await self._list_pages(account_id, base, PAGE_SIZE, deadline, sink)
-        jobs = [
-            self._list_pages(
-                account_id, base + [("id", i) for i in batch], len(batch), deadline, sink
-            )
-            for batch in batches(ids)
-        ]
-        total = Listing()
-        tasks = [asyncio.ensure_future(job) for job in jobs]
+            chains = [self._list_pages(account_id, base, PAGE_SIZE, deadline, pages)]
+        else:
+            chains = [
+                self._list_pages(
+                    account_id, base + [("id", i) for i in batch], len(batch), deadline, pages
+                )
+                for batch in batches(ids)
+            ]
+        tasks = [asyncio.ensure_future(chain) for chain in chains]
+        fetching = asyncio.gather(*tasks)
         try:
-            for listing in await asyncio.gather(*tasks):
-                total.extend(listing)
+            await asyncio.wait((fetching, parser), return_when=asyncio.FIRST_COMPLETED)
+            if parser.done():  # it can only end early by failing: raise that, do not hang
+                parser.result()
+            listing.requests = sum(await fetching)
+            await pages.put(None)
+            await parser
         finally:
-            for task in tasks:
+            for task in (*tasks, parser):
                 task.cancel()
-        return total
+        return listing
+
+    @staticmethod
+    async def _parse_pages(
+        pages: asyncio.Queue[list[object] | None], sink: RegistrationSink, listing: Listing
+    ) -> None:
+        """Parse pages while the fetchers go on fetching.
+
+        Fetchers only read and decode a page, queue its records and send the next request; this
+        task does the CPU work (validation, then ``sink``) in small slices between their turns,
+        so the next request is not held back behind parsing and parsing overlaps the waits.
+        """
+        while (records := await pages.get()) is not None:
+            now = time.time()
+            for index, raw in enumerate(records, 1):
+                parsed = parse_registration(raw, now)
+                if isinstance(parsed, InvalidRecord):
+                    listing.invalid.append(parsed)
+                else:
+                    sink(parsed)
+                if index % PARSE_SLICE == 0:
+                    await asyncio.sleep(0)
 
     async def _list_pages(
         self,
@@ -188,34 +217,27 @@ class CloudflareClient:
         params: list[tuple[str, str]],
         per_page: int,
         deadline: float,
-        sink: RegistrationSink,
-    ) -> Listing:
+        pages: asyncio.Queue[list[object] | None],
+    ) -> int:
+        """Follow one cursor chain, queueing each page's records; return the requests made."""
         path = f"/accounts/{account_id}/devices/registrations"
-        listing = Listing()
         cursors_seen: set[str] = set()
         cursor = ""
-        now = time.time()
-        for _ in range(MAX_PAGES):
+        for requests in range(1, MAX_PAGES + 1):
             query = [*params, ("per_page", str(per_page))]
             if cursor:
                 query.append(("cursor", cursor))
             envelope = await self._get(account_id, "list", path, query, deadline)
-            listing.requests += 1
             if not isinstance(envelope.result, list):
                 kind = type(envelope.result).__name__
                 raise CloudflareAPIError("bad_result", f"result is {kind}, expected a list", 200)
-            for raw in envelope.result:
-                parsed = parse_registration(raw, now)
-                if isinstance(parsed, InvalidRecord):
-                    listing.invalid.append(parsed)
-                else:
-                    sink(parsed)
+            await pages.put(envelope.result)
             info = envelope.result_info or {}
             next_cursor = info.get("cursor") or ""
             if not isinstance(next_cursor, str):
                 raise CloudflareAPIError("bad_cursor", "result_info.cursor is not a string", 200)
             if not next_cursor:
-                return listing
+                return requests
             if next_cursor in cursors_seen:
                 raise CloudflareAPIError(
                     "repeated_cursor", f"cursor {next_cursor[:32]!r} repeated; paging stopped", 200
@@ -281,8 +303,7 @@ class CloudflareClient:
                 async with asyncio.timeout(timeout):
                     request = self._http.build_request(
                         "GET",
-                        path,
-                        params=tuple(query),
+                        f"{path}?{urlencode(query)}",
                         headers=headers,
                         timeout=timeout,
                     )

@@ -78,10 +78,12 @@ class SimulatedCloudflare:
         latency: float = 0.0,
         max_per_page: int = MAX_PER_PAGE,
         online: Iterable[str] = (),
+        limit_per_5m: int = LIMIT_PER_5M,
     ) -> None:
         self.token = token
         self.latency = latency
         self.max_per_page = max_per_page
+        self.limit_per_5m = limit_per_5m
         self.online = set(online)
         """Ids whose last_seen_at follows the clock, like a device that is connected now."""
         self.requests: list[tuple[str, list[tuple[str, str]]]] = []
@@ -164,7 +166,7 @@ class SimulatedCloudflare:
         now = time.monotonic()
         while self._sent and self._sent[0] <= now - 300:
             self._sent.popleft()
-        if len(self._sent) >= LIMIT_PER_5M:
+        if len(self._sent) >= self.limit_per_5m:
             return 0, _error(
                 429,
                 971,
@@ -172,20 +174,22 @@ class SimulatedCloudflare:
                 **{"Retry-After": str(self.retry_after)},
             )
         self._sent.append(now)
-        return LIMIT_PER_5M - len(self._sent), None
+        return self.limit_per_5m - len(self._sent), None
 
     async def handle(self, request: Request) -> Response:
         self.requests.append((request.path, request.query))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        started = time.monotonic()
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            # The latency includes the server's own work, as a real API's latency does.
+            await asyncio.sleep(max(0.0, self.latency - (time.monotonic() - started)))
+            return response
         finally:
             self.in_flight -= 1
 
     async def _handle(self, request: Request) -> Response:
-        if self.latency:
-            await asyncio.sleep(self.latency)
         match = _PATH.match(request.path)
         if request.method not in ("GET", "HEAD") or match is None:
             return _error(

@@ -1,0 +1,1 @@
+"""``make bench``: the exporter at fleet scale against the simulated API (see BENCHMARKS.md)."""
