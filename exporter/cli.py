@@ -130,6 +130,9 @@ async def serve(exporter: Exporter, listen: str) -> int:
     await stop.wait()
     log.info("shutting down")
     started = time.monotonic()
+    # Cancel the refresh first: scrapes waiting on it then answer with the data there is
+    # instead of being cut off when the grace period ends.
+    await exporter.collection.stop()
     await server.close(grace=2.0)
     await exporter.close()
     log.info("stopped in %.1fs", time.monotonic() - started)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 SEEN_AFTER_OVERLAP_SECONDS = 120.0
 """An incremental listing asks for records seen since the last fetch began, minus this, so a
 record whose last_seen_at lags Cloudflare's clock is not missed."""
+REFRESH_GRACE_SECONDS = 0.1
+"""A refresh stops at the scrape's deadline; the scrape waits this much longer for it, so a
+request that timed out at the deadline is told (``up 0``) in the same answer."""
 
 
 @dataclass
@@ -99,9 +102,10 @@ class Collection:
             self._task = asyncio.create_task(self._refresh_all(now + timeout))
             self._task.add_done_callback(self._refresh_done)
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
+            # Not wait_for(shield(...)): a refresh cancelled by a reload or shutdown must not
+            # cancel the scrapes waiting on it; they answer with the data there is.
+            done, _ = await asyncio.wait({self._task}, timeout=timeout + REFRESH_GRACE_SECONDS)
+            if not done:
                 log.warning("refresh still running after %.1fs; serving the data there is", timeout)
         self._expire_stale()
 
