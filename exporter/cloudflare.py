@@ -282,12 +282,13 @@ class CloudflareClient:
     ) -> Envelope:
         if self._token is None:
             raise CloudflareAPIError("no_token", "no API token (set CLOUDFLARE_API_TOKEN)")
-        paused = self._budget.paused_for()
-        if paused > 0:
-            raise CloudflareAPIError(
-                "rate_limited", f"Cloudflare asked to wait; {paused:.0f}s of the pause left"
-            )
         async with self._slots:
+            # Checked once a slot is ours: a 429 may have come while this request queued.
+            paused = self._budget.paused_for()
+            if paused > 0:
+                raise CloudflareAPIError(
+                    "rate_limited", f"Cloudflare asked to wait; {paused:.0f}s of the pause left"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CloudflareAPIError("timeout", "scrape deadline reached before the request")

@@ -158,6 +158,11 @@ class Collection:
         wall_started = time.time()
         incremental = self._incremental(state, started)
         budget = self._client.budget
+        paused = budget.paused_for()
+        if paused > 0:  # a 429's Retry-After, not our own budget
+            why = f"rate_limited: Cloudflare asked to wait; {paused:.0f}s of the pause left"
+            self._failed(state, started, why)
+            return
         if not incremental and budget.available() < self._estimated_requests(state):
             self._client.stats.budget_exhausted += 1
             self._failed(state, started, "API budget (api.max_requests_per_5m) is spent for now")

@@ -95,7 +95,9 @@ def test_500_burst_scrapes_never_exceed_the_budget(sim: SimulatedCloudflare) -> 
         assert value(parsed, "cloudflare_warp_up", account_id=account) == 0
 
 
-def test_429_pauses_every_account_until_retry_after(sim: SimulatedCloudflare) -> None:
+def test_429_pauses_every_account_until_retry_after(
+    sim: SimulatedCloudflare, caplog: pytest.LogCaptureFixture
+) -> None:
     sim.retry_after = 1
     settings = settings_for(sim, two_accounts(max_concurrency=1))
 
@@ -119,6 +121,13 @@ def test_429_pauses_every_account_until_retry_after(sim: SimulatedCloudflare) ->
             for account in (ACCOUNT, OTHER_ACCOUNT):
                 assert value(parsed, "cloudflare_warp_up", account_id=account) == 0
                 assert infos(parsed, account) == FLEET
+            # A pause is not the client-side budget running out, and is logged as what it is.
+            assert value(parsed, "cloudflare_warp_api_budget_exhausted_total") == 0
+            paused = [m for m in error_lines(caplog.records) if "Cloudflare asked to wait" in m]
+            assert len(paused) == 1 + 2 * 5  # the other account's queued request, then 5 scrapes
+            assert paused[0].endswith(
+                "refresh failed: rate_limited: Cloudflare asked to wait; 1s of the pause left"
+            )
 
             await asyncio.sleep(1.2)
             _, parsed = await h.scrape()
