@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 
@@ -108,7 +108,8 @@ class Exporter:
             python_version=platform.python_version(),
         )
 
-    async def scrape(self, timeout: float, openmetrics: bool = False) -> list[bytes]:
+    async def scrape(self, timeout: float, openmetrics: bool = False) -> Iterator[bytes]:
+        """Refresh if due, then the exposition as lazily rendered chunks."""
         await self.collection.ensure_fresh(timeout)
         return render(self.view(), time.time(), openmetrics)
 

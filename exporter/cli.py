@@ -101,9 +101,9 @@ def warn_if_token_file_open(settings: Settings) -> None:
 async def run_once(exporter: Exporter) -> int:
     try:
         chunks = await exporter.scrape(ONCE_TIMEOUT_SECONDS)
+        sys.stdout.buffer.writelines(chunks)
     finally:
         await exporter.close()
-    sys.stdout.buffer.write(b"".join(chunks))
     sys.stdout.flush()
     return 1 if exporter.collection.any_failed() else 0
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import sys
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from exporter import metrics as m
@@ -66,17 +66,37 @@ def header(metric: m.Metric, openmetrics: bool) -> bytes:
     return f"# HELP {family} {_escape_help(metric.help)}\n# TYPE {family} {kind}\n".encode()
 
 
+ZERO = b"0\n"
+ONE = b"1\n"
+VALUE_FAMILIES = (
+    m.LAST_SEEN,
+    m.CREATED,
+    m.UPDATED,
+    m.REVOKED,
+    m.DELETED,
+    m.REVOKED_AT,
+    m.DELETED_AT,
+)
+"""Per-registration families whose lines are ``name identity value``, in exposition order."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRegistration:
-    """A registration reduced to what scrapes need: ready lines plus the few raw values."""
+    """A registration reduced to what scrapes need, ready-made and compact.
+
+    A line of a value family is ``family name + identity + value``: the identity label set
+    (``{account_id="..",registration_id=".."} ``) is stored once, each value as its text, so a
+    scrape only joins bytes; at 100,000 registrations that is half the memory of whole lines.
+    """
 
     id: str
     source_hash: int
     last_seen: float
     fleet_key: FleetKey
-    lines: tuple[bytes, ...]
-    """One entry per family of ``metrics.PER_REGISTRATION_STATIC``; ``b""`` when absent."""
-    age_prefix: bytes
+    identity: bytes
+    info_line: bytes
+    values: tuple[bytes | None, ...]
+    """One entry per family of ``VALUE_FAMILIES``; None when the registration has no value."""
 
     @property
     def active(self) -> bool:
@@ -138,30 +158,32 @@ class Compiler:
             intern(reg.client_version),
             intern(reg.policy_name),
         )
-        identity = f'{{account_id="{account_id}",registration_id="{escape_label(reg.id)}"}}'
         if not self.policy.per_registration:
-            return CompiledRegistration(reg.id, source_hash, reg.last_seen, fleet_key, (), b"")
+            return CompiledRegistration(reg.id, source_hash, reg.last_seen, fleet_key, b"", b"", ())
+        identity = f'{{account_id="{account_id}",registration_id="{escape_label(reg.id)}"}}'
         values = self._info_values(reg)
         info = "".join(f',{n}="{escape_label(values[n])}"' for n in self._info_labels)
+        info_line = f"{m.REGISTRATION_INFO.name}{identity[:-1]}{info}}} 1\n".encode()
 
-        def line(metric: m.Metric, value: float | None) -> bytes:
-            if value is None:
-                return b""
-            return f"{metric.name}{identity} {number(value)}\n".encode()
+        def text(value: float | None) -> bytes | None:
+            return None if value is None else f"{number(value)}\n".encode()
 
-        lines = (
-            f"{m.REGISTRATION_INFO.name}{identity[:-1]}{info}}} 1\n".encode(),
-            line(m.LAST_SEEN, reg.last_seen),
-            line(m.CREATED, reg.created),
-            line(m.UPDATED, reg.updated),
-            line(m.REVOKED, 0.0 if reg.revoked is None else 1.0),
-            line(m.DELETED, 0.0 if reg.deleted is None else 1.0),
-            line(m.REVOKED_AT, reg.revoked),
-            line(m.DELETED_AT, reg.deleted),
-        )
-        age_prefix = f"{m.LAST_SEEN_AGE.name}{identity} ".encode()
         return CompiledRegistration(
-            reg.id, source_hash, reg.last_seen, fleet_key, lines, age_prefix
+            reg.id,
+            source_hash,
+            reg.last_seen,
+            fleet_key,
+            f"{identity} ".encode(),
+            info_line,
+            (
+                text(reg.last_seen),
+                text(reg.created),
+                text(reg.updated),
+                ZERO if reg.revoked is None else ONE,
+                ZERO if reg.deleted is None else ONE,
+                text(reg.revoked),
+                text(reg.deleted),
+            ),
         )
 
 
@@ -201,8 +223,9 @@ def _family(metric: m.Metric, body: Sequence[bytes], openmetrics: bool) -> list[
     return [header(metric, openmetrics), *body]
 
 
-def render(view: ExporterView, now: float, openmetrics: bool = False) -> list[bytes]:
-    """The exposition as chunks (join them, or write them one by one).
+def render(view: ExporterView, now: float, openmetrics: bool = False) -> Iterator[bytes]:
+    """The exposition as chunks, one family at a time, so a large fleet's text is never held
+    whole in memory (join them, or write them as they come).
 
     With ``ID`` standing for ``{account_id="abc",registration_id="r1"}``, a registration seen
     60 s before ``now`` gets, each under its family's header::
@@ -211,19 +234,33 @@ def render(view: ExporterView, now: float, openmetrics: bool = False) -> list[by
         cloudflare_warp_registration_last_seen_timestamp_seconds ID 1700000000
         cloudflare_warp_registration_last_seen_age_seconds ID 60.000
     """
-    chunks: list[bytes] = []
     accounts = view.accounts
-    for index, metric in enumerate(m.PER_REGISTRATION_STATIC):
-        body = [r.lines[index] for a in accounts for r in a.registrations if r.lines]
-        chunks += _family(metric, [b"".join(body)], openmetrics)
-    ages = [
-        r.age_prefix + b"%.3f\n" % (now - r.last_seen)
-        for a in accounts
-        for r in a.registrations
-        if r.age_prefix
-    ]
-    chunks += _family(m.LAST_SEEN_AGE, [b"".join(ages)], openmetrics)
-    chunks += _family(
+    yield header(m.REGISTRATION_INFO, openmetrics)
+    yield b"".join([r.info_line for a in accounts for r in a.registrations])
+    for index, metric in enumerate(VALUE_FAMILIES):
+        name = metric.name.encode()
+        yield header(metric, openmetrics)
+        yield b"".join(
+            [
+                piece
+                for a in accounts
+                for r in a.registrations
+                if r.values and (value := r.values[index]) is not None
+                for piece in (name, r.identity, value)
+            ]
+        )
+    age = m.LAST_SEEN_AGE.name.encode()
+    yield header(m.LAST_SEEN_AGE, openmetrics)
+    yield b"".join(
+        [
+            piece
+            for a in accounts
+            for r in a.registrations
+            if r.identity
+            for piece in (age, r.identity, b"%.3f\n" % (now - r.last_seen))
+        ]
+    )
+    yield from _family(
         m.FOUND,
         [
             sample(m.FOUND, (a.account_id, rid), 1.0 if ok else 0.0)
@@ -232,7 +269,7 @@ def render(view: ExporterView, now: float, openmetrics: bool = False) -> list[by
         ],
         openmetrics,
     )
-    chunks += _family(
+    yield from _family(
         m.REGISTRATIONS,
         [
             sample(m.REGISTRATIONS, (a.account_id, *key), count)
@@ -241,11 +278,10 @@ def render(view: ExporterView, now: float, openmetrics: bool = False) -> list[by
         ],
         openmetrics,
     )
-    chunks += _family(m.LAST_SEEN_BEFORE, _stale_counts(accounts, now), openmetrics)
-    chunks += _health(view, openmetrics)
+    yield from _family(m.LAST_SEEN_BEFORE, _stale_counts(accounts, now), openmetrics)
+    yield from _health(view, openmetrics)
     if openmetrics:
-        chunks.append(b"# EOF\n")
-    return chunks
+        yield b"# EOF\n"
 
 
 def _stale_counts(accounts: Sequence[AccountView], now: float) -> list[bytes]:

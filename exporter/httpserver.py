@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -37,8 +37,9 @@ class Request:
 @dataclass
 class Response:
     status: int = 200
-    body: Sequence[bytes] = (b"",)
-    """The body as chunks; written one after another without joining them."""
+    body: Iterable[bytes] = (b"",)
+    """The body as chunks, written one after another without joining them. A list or tuple is
+    sent with Content-Length; any other iterable is consumed lazily, sent chunked."""
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
 
@@ -84,6 +85,8 @@ class HttpServer:
         self._server_name = server_name
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()
+        """Connections inside a request; the others are idle keep-alives, closed at once."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound address (port 0 picks a free port)."""
@@ -103,6 +106,8 @@ class HttpServer:
         """Stop accepting; let requests in progress finish for ``grace`` seconds, then cancel."""
         if self._server is not None:
             self._server.close()
+        for task in self._connections - self._busy:
+            task.cancel()
         if self._connections:
             _, pending = await asyncio.wait(self._connections, timeout=grace)
             for task in pending:
@@ -135,22 +140,39 @@ class HttpServer:
                 first = await reader.read(1)
             if not first:
                 return
+            task = asyncio.current_task()
+            assert task is not None
+            self._busy.add(task)
             try:
-                async with asyncio.timeout(self._head_timeout):
-                    request, keep_alive = await self._read_request(first, reader, peer_cert)
-            except _BadRequest as exc:
-                await self._write(writer, "GET", Response.text(exc.status, f"{exc}\n"), False)
-                return
-            try:
-                response = await self._handler(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("handler failed for %s %s", request.method, request.path)
-                response = Response.text(500, "internal error\n")
-            await self._write(writer, request.method, response, keep_alive)
+                keep_alive = await self._exchange(first, reader, writer, peer_cert)
+            finally:
+                self._busy.discard(task)
             if not keep_alive:
                 return
+
+    async def _exchange(
+        self,
+        first: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer_cert: dict[str, object] | None,
+    ) -> bool:
+        """Read one request, answer it; return whether the connection stays open."""
+        try:
+            async with asyncio.timeout(self._head_timeout):
+                request, keep_alive = await self._read_request(first, reader, peer_cert)
+        except _BadRequest as exc:
+            await self._write(writer, "GET", Response.text(exc.status, f"{exc}\n"), False)
+            return False
+        try:
+            response = await self._handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.path)
+            response = Response.text(500, "internal error\n")
+        await self._write(writer, request.method, response, keep_alive)
+        return keep_alive
 
     async def _read_request(
         self, first: bytes, reader: asyncio.StreamReader, peer_cert: dict[str, object] | None
@@ -201,11 +223,17 @@ class HttpServer:
     async def _write(
         self, writer: asyncio.StreamWriter, method: str, response: Response, keep_alive: bool
     ) -> None:
-        length = sum(len(chunk) for chunk in response.body)
+        body = response.body
+        sized = isinstance(body, list | tuple)
+        framing = (
+            ("Content-Length", str(sum(len(chunk) for chunk in body)))
+            if sized
+            else ("Transfer-Encoding", "chunked")
+        )
         reason = HTTPStatus(response.status).phrase
         headers = [
             ("Content-Type", response.content_type),
-            ("Content-Length", str(length)),
+            framing,
             ("Connection", "keep-alive" if keep_alive else "close"),
             *([("Server", self._server_name)] if self._server_name else []),
             *self.extra_headers,
@@ -214,8 +242,19 @@ class HttpServer:
         head = f"HTTP/1.1 {response.status} {reason}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
         writer.write(head.encode("latin-1"))
-        if method != "HEAD":
-            for chunk in response.body:
+        if method == "HEAD":
+            await writer.drain()
+            return
+        for chunk in body:
+            if not chunk:
+                continue
+            if sized:
                 writer.write(chunk)
-                await writer.drain()
+            else:
+                writer.write(b"%x\r\n" % len(chunk))
+                writer.write(chunk)
+                writer.write(b"\r\n")
+            await writer.drain()
+        if not sized:
+            writer.write(b"0\r\n\r\n")
         await writer.drain()

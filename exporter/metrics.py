@@ -194,7 +194,7 @@ BUILD_INFO = Metric(
     ("version", "python_version"),
 )
 
-PER_REGISTRATION_STATIC = (
+ALL_METRICS = (
     REGISTRATION_INFO,
     LAST_SEEN,
     CREATED,
@@ -203,11 +203,6 @@ PER_REGISTRATION_STATIC = (
     DELETED,
     REVOKED_AT,
     DELETED_AT,
-)
-"""Per-registration families whose lines only change when the registration does."""
-
-ALL_METRICS = (
-    *PER_REGISTRATION_STATIC,
     LAST_SEEN_AGE,
     FOUND,
     REGISTRATIONS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from exporter import __version__
 from exporter.app import SCRAPE_TIMEOUT_HEADER, Exporter
@@ -18,11 +18,13 @@ the CPU time of the default level."""
 Route = Callable[[Request], Awaitable[Response]]
 
 
-def gzip_chunks(chunks: Sequence[bytes]) -> list[bytes]:
+def gzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Compress as the chunks come, never holding the whole text."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    out = [compressor.compress(chunk) for chunk in chunks]
-    out.append(compressor.flush())
-    return [piece for piece in out if piece]
+    for chunk in chunks:
+        if piece := compressor.compress(chunk):
+            yield piece
+    yield compressor.flush()
 
 
 def wants_openmetrics(accept: str) -> bool:

@@ -136,11 +136,16 @@ class SimulatedCloudflare:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             loop.run_until_complete(self.start(host, port))
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self.close())
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="simulated-cloudflare", daemon=True)
