@@ -19,6 +19,7 @@ from exporter.config import ConfigError, Settings, load_settings, summary
 from exporter.demo import start_demo
 from exporter.httpserver import HttpServer
 from exporter.server import Routes
+from exporter.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -44,6 +45,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
         help="address to serve on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=None,
+        metavar="PATH",
+        help="TLS and basic auth config, in the Prometheus exporter-toolkit format",
     )
     parser.add_argument(
         "--log.level",
@@ -108,13 +116,19 @@ async def run_once(exporter: Exporter) -> int:
     return 1 if exporter.collection.any_failed() else 0
 
 
-async def serve(exporter: Exporter, listen: str) -> int:
+async def serve(exporter: Exporter, listen: str, web: WebSettings | None) -> int:
     host, port = parse_listen_address(listen)
+    tls = web.tls if web is not None else None
     server = HttpServer(
-        Routes(exporter, ready=lambda: True), server_name=f"cloudflare-warp-exporter/{__version__}"
+        Routes(exporter, ready=lambda: True, auth=web.auth if web is not None else None),
+        ssl_context=tls.context if tls is not None else None,
+        extra_headers=web.headers if web is not None else (),
+        server_name=f"cloudflare-warp-exporter/{__version__}",
     )
     bound = await server.start(host, port)
-    log.info("listening on http://%s:%d/metrics", *bound)
+    scheme = "https" if tls is not None else "http"
+    log.info("listening on %s://%s:%d/metrics", scheme, *bound)
+    watcher = asyncio.create_task(tls.watch()) if tls is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()
@@ -132,6 +146,8 @@ async def serve(exporter: Exporter, listen: str) -> int:
     started = time.monotonic()
     # Cancel the refresh first: scrapes waiting on it then answer with the data there is
     # instead of being cut off when the grace period ends.
+    if watcher is not None:
+        watcher.cancel()
     await exporter.collection.stop()
     await server.close(grace=2.0)
     await exporter.close()
@@ -154,7 +170,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.once:
             return await run_once(exporter)
-        return await serve(exporter, args.listen)
+        web = load_web_config(args.web_config) if args.web_config else None
+        return await serve(exporter, args.listen, web)
     finally:
         if simulator is not None:
             await simulator.close()

@@ -150,7 +150,7 @@ def _describe(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _format_validation(source: str, exc: ValidationError) -> str:
+def format_validation(source: str, exc: ValidationError) -> str:
     return "\n".join(
         f"{source}: {_location(err['loc']) or '(top level)'}: {_describe(err)}"
         for err in exc.errors()
@@ -177,7 +177,7 @@ def parse_config(data: object, source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(source, exc)) from None
+        raise ConfigError(format_validation(source, exc)) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -10,6 +10,7 @@ from exporter import __version__
 from exporter.app import SCRAPE_TIMEOUT_HEADER, Exporter
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.httpserver import Request, Response
+from exporter.webconfig import BasicAuth
 
 GZIP_LEVEL = 1
 """Exposition text is repetitive: level 1 already shrinks it about tenfold, at a fraction of
@@ -39,10 +40,17 @@ def wants_gzip(accept_encoding: str) -> bool:
     return False
 
 
+UNAUTHENTICATED = frozenset({"/-/healthy"})
+"""Routes that answer without credentials when basic auth is on: liveness probes."""
+
+
 class Routes:
-    def __init__(self, exporter: Exporter, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, exporter: Exporter, ready: Callable[[], bool], auth: BasicAuth | None = None
+    ) -> None:
         self._exporter = exporter
         self._ready = ready
+        self._auth = auth
         self._table: dict[str, tuple[tuple[str, ...], Route]] = {
             "/": (("GET", "HEAD"), self.landing),
             "/metrics": (("GET", "HEAD"), self.metrics),
@@ -52,6 +60,16 @@ class Routes:
         }
 
     async def __call__(self, request: Request) -> Response:
+        auth = self._auth
+        if (
+            auth is not None
+            and auth.enabled
+            and request.path not in UNAUTHENTICATED
+            and not await auth.check(request.headers.get("authorization"))
+        ):
+            response = Response.text(401, "Unauthorized\n")
+            response.headers.append(("WWW-Authenticate", 'Basic realm="cloudflare-warp-exporter"'))
+            return response
         entry = self._table.get(request.path)
         if entry is None:
             return Response.text(404, "404 page not found\n")

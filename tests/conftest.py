@@ -88,8 +88,13 @@ class ExporterProcess:
 
 
 def start_exporter(
-    tmp_path: Path, args: list[str], env: dict[str, str] | None = None
+    tmp_path: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    scheme: str = "http",
+    verify: Any = True,
 ) -> ExporterProcess:
+    """Run ``python -m exporter`` on a free port; ``scheme``/``verify`` for TLS set-ups."""
     port = free_port()
     log_path = tmp_path / f"exporter-{port}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
@@ -97,13 +102,13 @@ def start_exporter(
     command = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environ)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"exporter exited: {log_path.read_text()}")
         try:
-            if httpx.get(url + "/-/healthy", timeout=1).status_code == 200:
+            if httpx.get(url + "/-/healthy", timeout=1, verify=verify).status_code == 200:
                 return ExporterProcess(process, url, log_path)
         except httpx.TransportError:
             time.sleep(0.05)
@@ -117,12 +122,16 @@ def exporter_process(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]
     started: list[ExporterProcess] = []
 
     def start(
-        config: dict[str, Any] | None, *extra: str, env: dict[str, str] | None = None
+        config: dict[str, Any] | None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        scheme: str = "http",
+        verify: Any = True,
     ) -> ExporterProcess:
         args = list(extra)
         if config is not None:
             args.insert(0, f"--config.file={write_config(tmp_path, config)}")
-        proc = start_exporter(tmp_path, args, env)
+        proc = start_exporter(tmp_path, args, env, scheme, verify)
         started.append(proc)
         return proc
 
