@@ -260,15 +260,15 @@ def render(view: ExporterView, now: float, openmetrics: bool = False) -> Iterato
             for piece in (age, r.identity, b"%.3f\n" % (now - r.last_seen))
         ]
     )
-    yield from _family(
-        m.FOUND,
+    yield header(m.FOUND, openmetrics)
+    yield "".join(
         [
-            sample(m.FOUND, (a.account_id, rid), 1.0 if ok else 0.0)
+            f'{m.FOUND.name}{{account_id="{a.account_id}",registration_id="{escape_label(rid)}"}} '
+            f"{1 if ok else 0}\n"
             for a in accounts
             for rid, ok in a.found
-        ],
-        openmetrics,
-    )
+        ]
+    ).encode()
     yield from _family(
         m.REGISTRATIONS,
         [
