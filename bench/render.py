@@ -11,7 +11,14 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import metrics as m
-from exporter.exposition import AccountView, Compiler, ExporterView, LabelPolicy, render
+from exporter.exposition import (
+    AccountView,
+    Compiler,
+    ExporterView,
+    LabelPolicy,
+    info_values,
+    render,
+)
 from exporter.models import Registration, parse_registration
 
 ACCOUNT = "0d3a0e1f5c6b4a2d9e8f7a6b5c4d3e2f"
@@ -66,18 +73,8 @@ class SameFamilies(Collector):
         now = time.time()
         for r in self.regs:
             labels = [ACCOUNT, r.id]
-            info.add_metric(
-                labels,
-                {
-                    "device_id": r.device_id,
-                    "device_name": r.device_name,
-                    "client_version": r.client_version,
-                    "tunnel_type": r.tunnel_type,
-                    "key_type": r.key_type,
-                    "policy_id": r.policy_id,
-                    "policy_name": r.policy_name,
-                },
-            )
+            described = info_values(r)
+            info.add_metric(labels, {name: described[name] for name in m.INFO_LABELS})
             values[m.LAST_SEEN].add_metric(labels, r.last_seen)
             if r.created is not None:
                 values[m.CREATED].add_metric(labels, r.created)

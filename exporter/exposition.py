@@ -103,6 +103,21 @@ class CompiledRegistration:
         return self.fleet_key[0] == "active"
 
 
+def info_values(reg: Registration) -> dict[str, str]:
+    """The descriptive label values a registration can carry, by label name."""
+    return {
+        "device_id": reg.device_id,
+        "device_name": reg.device_name,
+        "client_version": reg.client_version,
+        "tunnel_type": reg.tunnel_type,
+        "key_type": reg.key_type,
+        "policy_id": reg.policy_id,
+        "policy_name": reg.policy_name,
+        "user_email": reg.user_email,
+        "user_name": reg.user_name,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class LabelPolicy:
     """Which descriptive labels the info metric carries (``metrics.*`` config keys)."""
@@ -127,17 +142,7 @@ class Compiler:
         self._info_labels = policy.info_labels()
 
     def _info_values(self, reg: Registration) -> dict[str, str]:
-        values = {
-            "device_id": reg.device_id,
-            "device_name": reg.device_name,
-            "client_version": reg.client_version,
-            "tunnel_type": reg.tunnel_type,
-            "key_type": reg.key_type,
-            "policy_id": reg.policy_id,
-            "policy_name": reg.policy_name,
-            "user_email": reg.user_email,
-            "user_name": reg.user_name,
-        }
+        values = info_values(reg)
         if self.policy.user_labels == "hashed":
             digest = hmac.new(self.policy.user_hash_key, reg.user_email.encode(), hashlib.sha256)
             values["user_hash"] = digest.hexdigest() if reg.user_email else ""
@@ -309,70 +314,25 @@ def _stale_counts(accounts: Sequence[AccountView], now: float) -> list[bytes]:
 
 
 def _health(view: ExporterView, openmetrics: bool) -> list[bytes]:
+    """The exporter's own metrics; a family whose value is unknown (None) has no sample."""
     accounts = view.accounts
+    samples: list[tuple[m.Metric, list[tuple[tuple[str, ...], float | None]]]] = [
+        (m.UP, [((a.account_id,), 1.0 if a.up else 0.0) for a in accounts]),
+        (m.SCRAPE_DURATION, [((a.account_id,), a.refresh_seconds) for a in accounts]),
+        (m.LAST_SUCCESS, [((a.account_id,), a.last_success) for a in accounts]),
+        (
+            m.API_REQUESTS,
+            [((a.account_id, e, code), n) for a in accounts for e, code, n in a.requests],
+        ),
+        (m.INVALID_RECORDS, [((a.account_id, r), n) for a in accounts for r, n in a.invalid]),
+        (m.BUDGET_EXHAUSTED, [((), view.budget_exhausted)]),
+        (m.RATELIMIT_REMAINING, [((), view.ratelimit_remaining)]),
+        (m.CONFIG_RELOAD_SUCCESSFUL, [((), 1.0 if view.config_reload_ok else 0.0)]),
+        (m.CONFIG_RELOAD_SUCCESS_TIME, [((), view.config_reload_time)]),
+        (m.BUILD_INFO, [((view.version, view.python_version), 1.0)]),
+    ]
     out: list[bytes] = []
-    out += _family(
-        m.UP, [sample(m.UP, (a.account_id,), 1.0 if a.up else 0.0) for a in accounts], openmetrics
-    )
-    out += _family(
-        m.SCRAPE_DURATION,
-        [
-            sample(m.SCRAPE_DURATION, (a.account_id,), a.refresh_seconds)
-            for a in accounts
-            if a.refresh_seconds is not None
-        ],
-        openmetrics,
-    )
-    out += _family(
-        m.LAST_SUCCESS,
-        [
-            sample(m.LAST_SUCCESS, (a.account_id,), a.last_success)
-            for a in accounts
-            if a.last_success is not None
-        ],
-        openmetrics,
-    )
-    out += _family(
-        m.API_REQUESTS,
-        [
-            sample(m.API_REQUESTS, (a.account_id, endpoint, code), count)
-            for a in accounts
-            for endpoint, code, count in a.requests
-        ],
-        openmetrics,
-    )
-    out += _family(
-        m.INVALID_RECORDS,
-        [
-            sample(m.INVALID_RECORDS, (a.account_id, reason), count)
-            for a in accounts
-            for reason, count in a.invalid
-        ],
-        openmetrics,
-    )
-    out += _family(
-        m.BUDGET_EXHAUSTED, [sample(m.BUDGET_EXHAUSTED, (), view.budget_exhausted)], openmetrics
-    )
-    remaining = view.ratelimit_remaining
-    out += _family(
-        m.RATELIMIT_REMAINING,
-        [sample(m.RATELIMIT_REMAINING, (), remaining)] if remaining is not None else [],
-        openmetrics,
-    )
-    out += _family(
-        m.CONFIG_RELOAD_SUCCESSFUL,
-        [sample(m.CONFIG_RELOAD_SUCCESSFUL, (), 1.0 if view.config_reload_ok else 0.0)],
-        openmetrics,
-    )
-    reload_time = view.config_reload_time
-    out += _family(
-        m.CONFIG_RELOAD_SUCCESS_TIME,
-        [sample(m.CONFIG_RELOAD_SUCCESS_TIME, (), reload_time)] if reload_time is not None else [],
-        openmetrics,
-    )
-    out += _family(
-        m.BUILD_INFO,
-        [sample(m.BUILD_INFO, (view.version, view.python_version), 1.0)],
-        openmetrics,
-    )
+    for metric, values in samples:
+        body = [sample(metric, lv, v) for lv, v in values if v is not None]
+        out += _family(metric, body, openmetrics)
     return out

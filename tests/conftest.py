@@ -28,8 +28,16 @@ NOW = time.time()
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; a missing tool fails the test under CI=true and skips it elsewhere."""
+    """The tool's path; a missing tool fails the test under CI=true and skips it elsewhere.
+
+    Tools installed into the virtualenv running pytest (hadolint, check-jsonschema) count too,
+    though ``make test`` does not put the virtualenv on PATH.
+    """
     path = shutil.which(name)
+    if path is None:
+        candidate = Path(sys.executable).parent / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            path = str(candidate)
     if path is None:
         message = f"{name} is not installed (CI installs it: see .ci/run)"
         if os.environ.get("CI") == "true":

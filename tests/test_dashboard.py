@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from exporter.metrics import ALL_METRICS
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cloudflare-warp-fleet.json"
@@ -41,17 +40,6 @@ PROMQL_KEYWORDS = {
     "inf",
     "nan",
 }
-
-
-def require_tool(name: str) -> str:
-    """Path of the executable ``name``; fail under CI (CI=true), else skip, when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: prometheus / prometheus-alertmanager)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.conftest import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -29,22 +31,6 @@ KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
 PROMETHEUSRULE = KUSTOMIZE_DIR / "prometheusrule.yaml"
 GENERATOR = ROOT / "scripts" / "gen_prometheusrule.py"
 VALID_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
-
-
-def require_tool(name: str) -> str:
-    """The path of an external tool; missing, it fails the test under CI and skips it elsewhere."""
-    found = shutil.which(name)
-    if found is None:
-        # Tools installed into the virtualenv running pytest are not always on PATH.
-        candidate = Path(sys.executable).parent / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            found = str(candidate)
-    if found is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

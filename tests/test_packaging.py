@@ -21,21 +21,6 @@ DEFAULTS = ROOT / "packaging" / "cloudflare-warp-exporter.default"
 EXEC_PATH = "/opt/cloudflare-warp-exporter/bin/cloudflare-warp-exporter"
 
 
-def require_tool(name: str) -> str:
-    """The path of an external tool; missing, it fails the test under CI and skips it elsewhere."""
-    found = shutil.which(name)
-    if found is None:
-        candidate = Path(sys.executable).parent / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            found = str(candidate)
-    if found is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 def project_version() -> str:
     text = (ROOT / "exporter" / "__init__.py").read_text(encoding="utf-8")
     match = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)

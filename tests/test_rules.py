@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "prometheus"
@@ -32,17 +32,6 @@ PER_REGISTRATION_ALERTS = (
     "CloudflareWarpRegistrationDormant",
     "CloudflareWarpRegistrationRevoked",
 )
-
-
-def require_tool(name: str) -> str:
-    """Path of the executable ``name``; fail under CI (CI=true), else skip, when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: prometheus / prometheus-alertmanager)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
