@@ -107,7 +107,7 @@ class Exporter:
 
 
 def config_for(
-    ids: list[str] | None, per_registration: bool, full_refresh: float = 900
+    ids: list[str] | None, per_registration: bool, full_refresh: float = 900, concurrency: int = 4
 ) -> dict[str, Any]:
     account: dict[str, Any] = {"account_id": ACCOUNT}
     if ids is None:
@@ -115,7 +115,11 @@ def config_for(
     else:
         account["registrations"] = ids
     return {
-        "api": {"max_requests_per_5m": 1200, "timeout_seconds": 60},
+        "api": {
+            "max_requests_per_5m": 1200,
+            "timeout_seconds": 60,
+            "max_concurrency": concurrency,
+        },
         "accounts": [account],
         "collection": {"min_interval_seconds": 3600, "full_refresh_seconds": full_refresh},
         "metrics": {"per_registration": per_registration},
@@ -204,15 +208,18 @@ def main() -> None:
         sim.start_in_thread()
         try:
             rows = []
-            modes: list[tuple[str, list[str] | None, bool]] = [
-                ("discover", None, True),
-                ("discover, per_registration: false", None, False),
+            modes: list[tuple[str, list[str] | None, bool, int]] = [
+                ("discover", None, True, 4),
+                ("discover, per_registration: false", None, False, 4),
             ]
             if n <= 10_000:
-                modes.insert(0, ("configured ids", ids, True))
-            for label, mode_ids, per_reg in modes:
+                modes.insert(0, ("configured ids", ids, True, 4))
+            if n == 10_000:
+                modes.insert(1, ("configured ids, api.max_concurrency: 8", ids, True, 8))
+            for label, mode_ids, per_reg, concurrency in modes:
                 runs = args.runs if n < 100_000 else max(1, args.runs - 1)
-                rows.append((label, measure(sim, config_for(mode_ids, per_reg), runs)))
+                config = config_for(mode_ids, per_reg, concurrency=concurrency)
+                rows.append((label, measure(sim, config, runs)))
             print(f"## N = {n:,}\n")
             print(
                 "| mode | API requests/refresh | cold scrape | warm scrape | peak RSS | bytes | gzip bytes |"
@@ -222,6 +229,14 @@ def main() -> None:
                 print(
                     f"| {label} | {r['requests']} | {r['cold']:.3f} s | {r['warm']:.4f} s | "
                     f"{r['rss']:.0f} MB | {r['bytes']:,} | {r['gzip']:,} |"
+                )
+            if n <= 10_000:
+                rounds = -(-n // 100) // 4 + (1 if -(-n // 100) % 4 else 0)
+                print(
+                    f"\nFloor for configured ids: {-(-n // 100)} requests, 4 in flight, "
+                    f"{rounds} rounds x {args.latency * 1000:.0f} ms = {rounds * args.latency:.2f} s; "
+                    f"for discovery: {-(-n // 1000)} pages in sequence = "
+                    f"{-(-n // 1000) * args.latency:.2f} s."
                 )
             full, incremental = incremental_savings(sim)
             print(

@@ -194,3 +194,19 @@ def test_bad_listen_address_exits_2() -> None:
     result = run_cli("--demo", "--web.listen-address=nonsense")
     assert result.returncode == 2
     assert "--web.listen-address: 'nonsense' is not HOST:PORT" in result.stderr
+
+
+def test_hashed_user_labels_need_a_key_file(tmp_path: Path) -> None:
+    base = f'accounts:\n  - account_id: "{ACCOUNT}"\n    discover: true\nmetrics:\n  user_labels: hashed\n'
+    path = write(tmp_path, base)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert (
+        str(caught.value)
+        == f"{path}: metrics.user_hash_key_file: field required when user_labels is hashed"
+    )
+    (tmp_path / "hash.key").write_text("k3y\n")
+    path = write(tmp_path, base + "  user_hash_key_file: hash.key\n")
+    settings = load_settings(path, {})
+    assert settings.user_hash_key is not None and settings.user_hash_key.get_secret_value() == "k3y"
+    assert "k3y" not in repr(settings)
