@@ -11,7 +11,8 @@ import pytest
 from exporter.models import InvalidRecord, Registration, parse_registration
 
 NOW = 1_800_000_000.0
-SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed-get-registration.txt"
+EXAMPLE = Path(__file__).resolve().parent / "data" / "get-registration-example.json"
+"""The response example of Cloudflare's "Get registration" API reference page, verbatim."""
 
 
 def minimal(**extra: Any) -> dict[str, Any]:
@@ -66,13 +67,16 @@ def test_reference_example_record() -> None:
     assert reg.status == "deleted"
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="shared reference not beside the repo")
-def test_seed_page_example_parses() -> None:
-    text = SEED.read_text()
-    start = text.index("{", text.index("print(registration.id)"))
-    body, _ = json.JSONDecoder().raw_decode(text[start:])
+def test_api_reference_example_parses() -> None:
+    body = json.loads(EXAMPLE.read_text())
     reg = parsed(body["result"])
     assert reg.id == "11ffb86f-3f0c-4306-b4a2-e62f872b166a"
+    assert (reg.device_name, reg.client_version, reg.tunnel_type) == (
+        "My Device",
+        "1.0.0",
+        "masque",
+    )
+    assert reg.status == "deleted"
 
 
 @pytest.mark.parametrize(
