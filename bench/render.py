@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from exporter import metrics as m
 from exporter.exposition import (
+    VALUE_FAMILIES,
     AccountView,
     Compiler,
     ExporterView,
@@ -59,16 +60,7 @@ class SameFamilies(Collector):
         )
         values = {
             metric: GaugeMetricFamily(metric.name, metric.help, labels=ident)
-            for metric in (
-                m.LAST_SEEN,
-                m.CREATED,
-                m.UPDATED,
-                m.REVOKED,
-                m.DELETED,
-                m.REVOKED_AT,
-                m.DELETED_AT,
-                m.LAST_SEEN_AGE,
-            )
+            for metric in (*VALUE_FAMILIES, m.LAST_SEEN_AGE)
         }
         now = time.time()
         for r in self.regs:

@@ -41,6 +41,13 @@ def write_web(tmp_path: Path, web: dict[str, Any]) -> Path:
     return path
 
 
+def tls_web(tmp_path: Path, ca: trustme.CA) -> Path:
+    """A web config serving HTTPS with a fresh certificate from ``ca``."""
+    server_files(tmp_path, ca)
+    tls = {"cert_file": "tls/server.crt", "key_file": "tls/server.key"}
+    return write_web(tmp_path, {"tls_server_config": tls})
+
+
 @pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
@@ -64,11 +71,7 @@ def client_context(ca: trustme.CA, client: trustme.LeafCert | None = None) -> ss
 def test_tls_serves_https_only(
     tmp_path: Path, ca: trustme.CA, simulator: SimulatedCloudflare, exporter_process
 ) -> None:
-    server_files(tmp_path, ca)
-    web = write_web(
-        tmp_path,
-        {"tls_server_config": {"cert_file": "tls/server.crt", "key_file": "tls/server.key"}},
-    )
+    web = tls_web(tmp_path, ca)
     context = client_context(ca)
     exporter = exporter_process(
         config(),
@@ -120,11 +123,7 @@ def test_mtls_accepts_known_clients_and_refuses_others(
 def test_certificate_changed_on_disk_is_picked_up(
     tmp_path: Path, ca: trustme.CA, simulator: SimulatedCloudflare, exporter_process
 ) -> None:
-    server_files(tmp_path, ca)
-    web = write_web(
-        tmp_path,
-        {"tls_server_config": {"cert_file": "tls/server.crt", "key_file": "tls/server.key"}},
-    )
+    web = tls_web(tmp_path, ca)
     exporter = exporter_process(
         config(),
         f"--web.config.file={web}",
