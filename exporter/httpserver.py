@@ -44,11 +44,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
-    def text(cls, status: int, text: str, **kwargs: object) -> Response:
-        response = cls(status, (text.encode(),))
-        for key, value in kwargs.items():
-            setattr(response, key, value)
-        return response
+    def text(cls, status: int, text: str) -> Response:
+        """A short plain-text answer."""
+        return cls(status, (text.encode(),))
 
 
 Handler = Callable[[Request], Awaitable[Response]]
