@@ -25,16 +25,13 @@ class RequestBudget:
             self._sent.popleft()
 
     def available(self) -> int:
-        """Requests that may be sent now (0 while a 429 pause lasts)."""
-        now = self._clock()
-        if now < self._paused_until:
-            return 0
-        self._expire(now)
+        """Requests the rolling window still allows (a 429 pause is :meth:`paused_for`)."""
+        self._expire(self._clock())
         return self.limit - len(self._sent)
 
     def try_acquire(self) -> bool:
         """Take one request from the budget; False when it is spent or paused."""
-        if self.available() <= 0:
+        if self.paused_for() > 0 or self.available() <= 0:
             return False
         self._sent.append(self._clock())
         return True

@@ -158,11 +158,7 @@ class Collection:
         wall_started = time.time()
         incremental = self._incremental(state, started)
         budget = self._client.budget
-        paused = budget.paused_for()
-        if paused > 0:  # a 429's Retry-After, not our own budget
-            why = f"rate_limited: Cloudflare asked to wait; {paused:.0f}s of the pause left"
-            self._failed(state, started, why)
-            return
+        # A 429 pause is not our budget: the client refuses those requests as rate_limited.
         if not incremental and budget.available() < self._estimated_requests(state):
             self._client.stats.budget_exhausted += 1
             self._failed(state, started, "API budget (api.max_requests_per_5m) is spent for now")
@@ -217,7 +213,7 @@ class Collection:
             state.pages_last_time = listing.requests
         state.publish()
         if listing.invalid:
-            self._note_invalid(state.config.account_id, state, listing.invalid)
+            self._note_invalid(state, listing.invalid)
         log.debug(
             "account_id=%s refreshed: %d registrations, %d requests, %.3fs%s",
             state.config.account_id,
@@ -228,13 +224,13 @@ class Collection:
         )
 
     @staticmethod
-    def _note_invalid(account_id: str, state: AccountState, invalid: list[InvalidRecord]) -> None:
+    def _note_invalid(state: AccountState, invalid: list[InvalidRecord]) -> None:
         reasons = Counter(record.reason for record in invalid)
         state.invalid.update(reasons)
         first = invalid[0]
         log.warning(
             "account_id=%s: skipped %d invalid record(s) (%s); first: id=%s %s",
-            account_id,
+            state.config.account_id,
             len(invalid),
             ", ".join(f"{reason}={count}" for reason, count in sorted(reasons.items())),
             first.registration_id or "?",
