@@ -48,6 +48,15 @@ def tls_web(tmp_path: Path, ca: trustme.CA) -> Path:
     return write_web(tmp_path, {"tls_server_config": tls})
 
 
+def start_https(
+    exporter_process: Any, web: Path, sim: SimulatedCloudflare, context: ssl.SSLContext
+) -> Any:
+    """The exporter behind ``web``, waited for over HTTPS trusting ``context``."""
+    return exporter_process(
+        config(), f"--web.config.file={web}", env=exporter_env(sim), scheme="https", verify=context
+    )
+
+
 @pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
@@ -73,13 +82,7 @@ def test_tls_serves_https_only(
 ) -> None:
     web = tls_web(tmp_path, ca)
     context = client_context(ca)
-    exporter = exporter_process(
-        config(),
-        f"--web.config.file={web}",
-        env=exporter_env(simulator),
-        scheme="https",
-        verify=context,
-    )
+    exporter = start_https(exporter_process, web, simulator, context)
     response = httpx.get(exporter.url + "/metrics", verify=context)
     assert response.status_code == 200 and "cloudflare_warp_up" in response.text
     with pytest.raises(httpx.TransportError):
@@ -106,13 +109,7 @@ def test_mtls_accepts_known_clients_and_refuses_others(
         },
     )
     good = client_context(ca, client_ca.issue_cert("prometheus@example.com"))
-    exporter = exporter_process(
-        config(),
-        f"--web.config.file={web}",
-        env=exporter_env(simulator),
-        scheme="https",
-        verify=good,
-    )
+    exporter = start_https(exporter_process, web, simulator, good)
     assert httpx.get(exporter.url + "/metrics", verify=good).status_code == 200
     stranger = client_context(ca, trustme.CA().issue_cert("mallory@example.com"))
     for context in (client_context(ca), stranger):
@@ -124,13 +121,7 @@ def test_certificate_changed_on_disk_is_picked_up(
     tmp_path: Path, ca: trustme.CA, simulator: SimulatedCloudflare, exporter_process
 ) -> None:
     web = tls_web(tmp_path, ca)
-    exporter = exporter_process(
-        config(),
-        f"--web.config.file={web}",
-        env=exporter_env(simulator),
-        scheme="https",
-        verify=client_context(ca),
-    )
+    exporter = start_https(exporter_process, web, simulator, client_context(ca))
     port = int(exporter.url.rsplit(":", 1)[1])
 
     def served_serial(trust: trustme.CA) -> str:
